@@ -9,9 +9,9 @@ use crate::cleanup::Watch;
 use crate::domain::account::RunOutcome;
 use crate::domain::{Account, DomainError, Step, Timer, TimerAction};
 use crate::engine::{EngineError, Shared};
-use crate::entity::{self, commit_of};
+use crate::entity::{self, persist, settle, Persisted};
 use crate::pool::AccountChanged;
-use crate::ports::{Commit, RunHandle, StoreError};
+use crate::ports::RunHandle;
 
 pub struct AccountActor {
     shared: Arc<Shared>,
@@ -214,47 +214,20 @@ async fn run(
             AccountCommand::Fire(timer) => Some(timer.id.clone()),
             _ => None,
         };
-        let step = match decide(&shared, &account, &command) {
+        let step = match settle(decide(&shared, &account, &command), command.is_internal()) {
             Ok(step) => step,
-            Err(DomainError::AlreadyInState { .. }) if command.is_internal() => None,
-            Err(error) => {
-                if consumed.is_none() {
-                    return (Err(error.into()), None, false);
-                }
-                None
-            }
+            Err(error) => return (Err(error.into()), None, false),
         };
-        let now = shared.clock.now();
-        let mut commit = match &step {
-            Some(step) => commit_of(Some(&account), step, now),
-            None => Commit::default(),
-        };
-        commit.consume_timers.extend(consumed);
-        if commit.is_empty() {
-            return (Ok(account.clone()), None, false);
-        }
-        match shared.store.commit(commit).await {
-            Ok(()) => {
-                let started_run = matches!(&command, AccountCommand::Fire(timer) if timer.action == TimerAction::CleanupStep)
-                    && step.is_some();
-                let next = step.map_or(account, |step| step.state);
+        let starts_run = step.is_some()
+            && matches!(&command, AccountCommand::Fire(timer) if timer.action == TimerAction::CleanupStep);
+        match persist(&shared.store, &account, step, consumed, shared.clock.now()).await {
+            Ok(Persisted::Unchanged) => return (Ok(account.clone()), None, false),
+            Ok(Persisted::Committed(next)) => {
                 metrics::counter!("sandboxd_account_transitions_total", "to" => next.status.as_str()).increment(1);
-                return (Ok(next.clone()), Some(next), started_run);
+                return (Ok(next.clone()), Some(next), starts_run);
             }
-            Err(StoreError::Conflict { .. }) => match reload(&shared, &account).await {
-                Ok(fresh) => account = fresh,
-                Err(error) => return (Err(error), None, false),
-            },
-            Err(StoreError::TimerGone(_)) => {
-                return match reload(&shared, &account).await {
-                    Ok(fresh) => (Ok(fresh.clone()), Some(fresh), false),
-                    Err(error) => (Err(error), None, false),
-                };
-            }
-            Err(error) => {
-                metrics::counter!("sandboxd_commit_errors_total", "kind" => "account", "error" => error.label()).increment(1);
-                return (Err(error.into()), None, false);
-            }
+            Ok(Persisted::Stale(fresh)) => account = fresh,
+            Err(error) => return (Err(error), None, false),
         }
     }
     (
@@ -265,10 +238,4 @@ async fn run(
         None,
         false,
     )
-}
-
-async fn reload(shared: &Shared, account: &Account) -> Result<Account, EngineError> {
-    entity::load::<Account>(&shared.store, &account.aws_account_id)
-        .await?
-        .ok_or_else(|| EngineError::NotFound(format!("account {}", account.aws_account_id)))
 }

@@ -145,3 +145,69 @@ pub async fn load_many<T: Entity>(
     }
     Ok(entities)
 }
+
+/// What persisting one transition came to.
+pub enum Persisted<T> {
+    /// Nothing to write (a no-op).
+    Unchanged,
+    /// Written: the new state.
+    Committed(T),
+    /// Our snapshot was stale: here is the stored one; decide again on it.
+    Stale(T),
+}
+
+/// Turn a decision into what to persist. Internal commands (timers, run reports, spend) treat
+/// "already in that state" and refusals as no-ops; API commands get the error. A consumed
+/// timer is persisted even when the decision is a no-op, so it never fires again.
+pub fn settle<T>(
+    decided: Result<Option<Step<T>>, crate::domain::DomainError>,
+    internal: bool,
+) -> Result<Option<Step<T>>, crate::domain::DomainError> {
+    match decided {
+        Ok(step) => Ok(step),
+        Err(_) if internal => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// Persist one transition of `current` (or just consume a timer) in one commit.
+pub async fn persist<T: Entity>(
+    store: &Arc<dyn StateStore>,
+    current: &T,
+    step: Option<Step<T>>,
+    consumed_timer: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<Persisted<T>, crate::engine::EngineError> {
+    let mut commit = match &step {
+        Some(step) => commit_of(Some(current), step, now),
+        None => Commit::default(),
+    };
+    commit.consume_timers.extend(consumed_timer);
+    if commit.is_empty() {
+        return Ok(Persisted::Unchanged);
+    }
+    match store.commit(commit).await {
+        Ok(()) => Ok(match step {
+            Some(step) => Persisted::Committed(step.state),
+            None => Persisted::Unchanged,
+        }),
+        Err(StoreError::Conflict { .. }) => Ok(Persisted::Stale(reload(store, current).await?)),
+        // The timer already fired to effect (a redelivery): hold the stored state.
+        Err(StoreError::TimerGone(_)) => Ok(Persisted::Committed(reload(store, current).await?)),
+        Err(error) => {
+            metrics::counter!("sandboxd_commit_errors_total", "kind" => T::KIND.as_str(), "error" => error.label())
+                .increment(1);
+            Err(error.into())
+        }
+    }
+}
+
+pub async fn reload<T: Entity>(
+    store: &Arc<dyn StateStore>,
+    current: &T,
+) -> Result<T, crate::engine::EngineError> {
+    let id = current.entity_id();
+    load::<T>(store, &id)
+        .await?
+        .ok_or_else(|| crate::engine::EngineError::NotFound(format!("{} {id}", T::KIND.as_str())))
+}

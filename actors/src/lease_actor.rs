@@ -8,9 +8,8 @@ use actix::prelude::*;
 
 use crate::domain::{DomainError, Lease, LeasePatch, Step, TerminationReason, Timer, TimerAction};
 use crate::engine::{EngineError, Shared};
-use crate::entity::{self, commit_of};
+use crate::entity::{self, persist, settle, Persisted};
 use crate::pool::{Allocate, LeaseClosed};
-use crate::ports::{Commit, StoreError};
 
 pub struct LeaseActor {
     shared: Arc<Shared>,
@@ -184,7 +183,8 @@ async fn run(
                 .await;
             match allocation {
                 Ok(Ok(approved)) => return (Ok(approved.clone()), Some(approved)),
-                Ok(Err(EngineError::Stale(_))) => match reload(&shared, &lease).await {
+                Ok(Err(EngineError::Stale(_))) => match entity::reload(&shared.store, &lease).await
+                {
                     Ok(fresh) => {
                         lease = fresh;
                         continue;
@@ -199,47 +199,19 @@ async fn run(
             LeaseCommand::Fire(timer) => Some(timer.id.clone()),
             _ => None,
         };
-        let step = match decide(&shared, &lease, &command) {
+        let step = match settle(decide(&shared, &lease, &command), command.is_internal()) {
             Ok(step) => step,
-            Err(DomainError::AlreadyInState { .. }) if command.is_internal() => None,
-            Err(error) => {
-                // Nothing to persist, but an internal command's timer is still consumed.
-                if consumed.is_none() {
-                    return (Err(error.into()), None);
-                }
-                None
-            }
+            Err(error) => return (Err(error.into()), None),
         };
-        let now = shared.clock.now();
-        let mut commit = match &step {
-            Some(step) => commit_of(Some(&lease), step, now),
-            None => Commit::default(),
-        };
-        commit.consume_timers.extend(consumed);
-        if commit.is_empty() {
-            return (Ok(lease.clone()), None);
-        }
-        match shared.store.commit(commit).await {
-            Ok(()) => {
-                let next = step.map_or(lease, |step| step.state);
-                record_transition(&next);
+        match persist(&shared.store, &lease, step, consumed, shared.clock.now()).await {
+            Ok(Persisted::Unchanged) => return (Ok(lease.clone()), None),
+            Ok(Persisted::Committed(next)) => {
+                metrics::counter!("sandboxd_lease_transitions_total", "to" => next.status.as_str())
+                    .increment(1);
                 return (Ok(next.clone()), Some(next));
             }
-            Err(StoreError::Conflict { .. }) => match reload(&shared, &lease).await {
-                Ok(fresh) => lease = fresh,
-                Err(error) => return (Err(error), None),
-            },
-            Err(StoreError::TimerGone(_)) => {
-                // Already fired to effect (a redelivery): make sure we hold the latest state.
-                return match reload(&shared, &lease).await {
-                    Ok(fresh) => (Ok(fresh.clone()), Some(fresh)),
-                    Err(error) => (Err(error), None),
-                };
-            }
-            Err(error) => {
-                metrics::counter!("sandboxd_commit_errors_total", "kind" => "lease", "error" => error.label()).increment(1);
-                return (Err(error.into()), None);
-            }
+            Ok(Persisted::Stale(fresh)) => lease = fresh,
+            Err(error) => return (Err(error), None),
         }
     }
     (
@@ -249,15 +221,4 @@ async fn run(
         ))),
         None,
     )
-}
-
-fn record_transition(lease: &Lease) {
-    metrics::counter!("sandboxd_lease_transitions_total", "to" => lease.status.as_str())
-        .increment(1);
-}
-
-async fn reload(shared: &Shared, lease: &Lease) -> Result<Lease, EngineError> {
-    entity::load::<Lease>(&shared.store, &lease.uuid)
-        .await?
-        .ok_or_else(|| EngineError::NotFound(format!("lease {}", lease.uuid)))
 }

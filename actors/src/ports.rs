@@ -283,3 +283,19 @@ impl Clock for AcceleratedClock {
         std::time::Duration::from_micros(micros as u64)
     }
 }
+
+/// An account waiting in the Entry OU to be registered.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EntryAccount {
+    pub aws_account_id: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+}
+
+/// The organization's view of accounts not yet in the pool (Organizations' Entry OU, or the
+/// simulator's list).
+#[async_trait]
+pub trait AccountDirectory: Send + Sync + 'static {
+    async fn entry_accounts(&self) -> Result<Vec<EntryAccount>, String>;
+}

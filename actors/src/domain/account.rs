@@ -146,7 +146,7 @@ impl Account {
 
     /// Start (or restart) cleanup: CleanUp status, a fresh context, CleanAccountRequest and the
     /// first cleanup step due now.
-    fn into_cleanup(&self, reason: CleanReason, by: &str, now: DateTime<Utc>) -> Step<Account> {
+    fn to_cleanup(&self, reason: CleanReason, by: &str, now: DateTime<Utc>) -> Step<Account> {
         let mut next = self.moved(AccountStatus::CleanUp, by, reason_text(reason), now);
         next.lease_uuid = None;
         next.lease_user_email = None;
@@ -197,7 +197,7 @@ impl Account {
             version: 0,
             history: Vec::new(),
         };
-        Ok(entry.into_cleanup(CleanReason::AccountRegistration, by, now))
+        Ok(entry.to_cleanup(CleanReason::AccountRegistration, by, now))
     }
 
     /// Available -> Active, bound to a lease. Only the pool supervisor calls this, in the same
@@ -237,7 +237,7 @@ impl Account {
     pub fn lease_ended(&self, lease_uuid: &str, now: DateTime<Utc>) -> Option<Step<Account>> {
         let holding = matches!(self.status, AccountStatus::Active | AccountStatus::Frozen);
         (self.bound_to(lease_uuid) && holding)
-            .then(|| self.into_cleanup(CleanReason::LeaseTermination, "system", now))
+            .then(|| self.to_cleanup(CleanReason::LeaseTermination, "system", now))
     }
 
     /// The cleanup step timer fired: begin a run unless one is in flight (ISB scenario 24).
@@ -341,7 +341,7 @@ impl Account {
     ) -> Result<Step<Account>, DomainError> {
         match self.status {
             AccountStatus::Quarantine => {
-                let mut step = self.into_cleanup(CleanReason::RetryFailedCleanup, by, now);
+                let mut step = self.to_cleanup(CleanReason::RetryFailedCleanup, by, now);
                 step.state.quarantine_reason = None;
                 Ok(step)
             }

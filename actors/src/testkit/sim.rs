@@ -166,3 +166,30 @@ impl EventBus for RecordingBus {
         events.iter().map(|_| Ok(())).collect()
     }
 }
+
+/// The simulator's organization: a fixed list of accounts that start in the Entry OU.
+pub struct SimDirectory {
+    pub accounts: Vec<crate::ports::EntryAccount>,
+}
+
+impl SimDirectory {
+    /// `count` accounts with ids 1000000000NN-style (12 digits), named pool-NNN.
+    pub fn with_accounts(count: usize) -> Self {
+        Self {
+            accounts: (1..=count)
+                .map(|index| crate::ports::EntryAccount {
+                    aws_account_id: format!("{:012}", 100_000_000_000u64 + index as u64),
+                    name: Some(format!("pool-{index:03}")),
+                    email: Some(format!("pool-{index:03}@sandbox.example")),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[async_trait]
+impl crate::ports::AccountDirectory for SimDirectory {
+    async fn entry_accounts(&self) -> Result<Vec<crate::ports::EntryAccount>, String> {
+        Ok(self.accounts.clone())
+    }
+}
