@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
@@ -14,6 +14,9 @@ use crate::domain::EventRecord;
 use crate::ports::{
     Commit, IndexQuery, IndexValues, Kind, Record, StateStore, StoreError, TimerRecord,
 };
+
+/// The longest duplicate-key TTL honoured (every store clamps to it): 100 years.
+const MAX_SEEN_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// One index set: every id of a kind, or the ids of a kind with a given status or user.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -216,7 +219,8 @@ impl StateStore for MemoryStore {
             inner.outbox.insert(seq, event);
         }
         if let Some((key, ttl)) = commit.seen_event {
-            let expires = now + ttl;
+            // Clamped like the other stores (an absurd TTL must not overflow the clock).
+            let expires = now.checked_add(ttl.min(MAX_SEEN_TTL)).unwrap_or(now);
             inner.seen_order.insert((expires, key.clone()));
             inner.seen.insert(key, expires);
         }
