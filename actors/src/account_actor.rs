@@ -181,12 +181,18 @@ fn decide(
             TimerAction::AccountLeaseEnded { lease_uuid, .. } => {
                 account.lease_ended(lease_uuid, now)
             }
-            TimerAction::AccountLeaseFrozen { lease_uuid } => {
-                account.lease_frozen(lease_uuid, now).map(Step::new)
-            }
-            TimerAction::AccountLeaseUnfrozen { lease_uuid } => {
-                account.lease_unfrozen(lease_uuid, now).map(Step::new)
-            }
+            TimerAction::AccountLeaseFrozen {
+                lease_uuid,
+                lease_version,
+            } => account
+                .lease_frozen(lease_uuid, *lease_version, now)
+                .map(Step::new),
+            TimerAction::AccountLeaseUnfrozen {
+                lease_uuid,
+                lease_version,
+            } => account
+                .lease_unfrozen(lease_uuid, *lease_version, now)
+                .map(Step::new),
             TimerAction::CleanupStep => {
                 let run_id = format!(
                     "{}-{}",

@@ -410,7 +410,12 @@ impl Handler<Allocate> for PoolSupervisor {
             let step = message
                 .lease
                 .approve(&account.aws_account_id, &message.approved_by, now)?;
-            let bound = account.allocate(&message.lease.uuid, &message.lease.user_email, now)?;
+            let bound = account.allocate(
+                &message.lease.uuid,
+                step.state.version,
+                &message.lease.user_email,
+                now,
+            )?;
             Ok::<_, EngineError>((step, bound))
         })();
         let (step, bound) = match prepared {

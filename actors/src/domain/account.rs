@@ -101,6 +101,10 @@ pub struct Account {
     /// The lease bound to this account (Active or Frozen only).
     pub lease_uuid: Option<String>,
     pub lease_user_email: Option<String>,
+    /// The version of the bound lease this account last followed (freeze/unfreeze intents
+    /// older than this are stale).
+    #[serde(default)]
+    pub lease_version: Option<u64>,
     pub last_cleaned_at: Option<DateTime<Utc>>,
     pub cleanup_execution_context: Option<CleanupContext>,
     pub quarantine_reason: Option<String>,
@@ -150,6 +154,7 @@ impl Account {
         let mut next = self.moved(AccountStatus::CleanUp, by, reason_text(reason), now);
         next.lease_uuid = None;
         next.lease_user_email = None;
+        next.lease_version = None;
         next.cleanup_execution_context = Some(CleanupContext {
             reason,
             started_at: now,
@@ -189,6 +194,7 @@ impl Account {
             status: AccountStatus::Entry,
             lease_uuid: None,
             lease_user_email: None,
+            lease_version: None,
             last_cleaned_at: None,
             cleanup_execution_context: None,
             quarantine_reason: None,
@@ -205,6 +211,7 @@ impl Account {
     pub fn allocate(
         &self,
         lease_uuid: &str,
+        lease_version: u64,
         user_email: &str,
         now: DateTime<Utc>,
     ) -> Result<Account, DomainError> {
@@ -214,6 +221,7 @@ impl Account {
         let mut next = self.moved(AccountStatus::Active, user_email, "leased", now);
         next.lease_uuid = Some(lease_uuid.to_string());
         next.lease_user_email = Some(user_email.to_string());
+        next.lease_version = Some(lease_version);
         Ok(next)
     }
 
@@ -221,16 +229,62 @@ impl Account {
         self.lease_uuid.as_deref() == Some(lease_uuid)
     }
 
-    /// The bound lease was frozen: Active -> Frozen. Stale or repeated intents are no-ops.
-    pub fn lease_frozen(&self, lease_uuid: &str, now: DateTime<Utc>) -> Option<Account> {
-        (self.bound_to(lease_uuid) && self.status == AccountStatus::Active)
-            .then(|| self.moved(AccountStatus::Frozen, "system", "lease frozen", now))
+    /// The bound lease was frozen: Active -> Frozen. Stale, repeated or out-of-order intents
+    /// (older than the lease version last followed) are no-ops.
+    pub fn lease_frozen(
+        &self,
+        lease_uuid: &str,
+        lease_version: u64,
+        now: DateTime<Utc>,
+    ) -> Option<Account> {
+        self.follow_lease(
+            lease_uuid,
+            lease_version,
+            AccountStatus::Frozen,
+            "lease frozen",
+            now,
+        )
     }
 
     /// The bound lease was unfrozen: Frozen -> Active.
-    pub fn lease_unfrozen(&self, lease_uuid: &str, now: DateTime<Utc>) -> Option<Account> {
-        (self.bound_to(lease_uuid) && self.status == AccountStatus::Frozen)
-            .then(|| self.moved(AccountStatus::Active, "system", "lease unfrozen", now))
+    pub fn lease_unfrozen(
+        &self,
+        lease_uuid: &str,
+        lease_version: u64,
+        now: DateTime<Utc>,
+    ) -> Option<Account> {
+        self.follow_lease(
+            lease_uuid,
+            lease_version,
+            AccountStatus::Active,
+            "lease unfrozen",
+            now,
+        )
+    }
+
+    fn follow_lease(
+        &self,
+        lease_uuid: &str,
+        lease_version: u64,
+        to: AccountStatus,
+        why: &str,
+        now: DateTime<Utc>,
+    ) -> Option<Account> {
+        let holding = matches!(self.status, AccountStatus::Active | AccountStatus::Frozen);
+        let newer = lease_version > self.lease_version.unwrap_or(0);
+        if !(self.bound_to(lease_uuid) && holding && newer) {
+            return None;
+        }
+        let mut next = if self.status == to {
+            let mut same = self.clone();
+            same.version = self.version + 1;
+            same.meta.last_edit_time = now;
+            same
+        } else {
+            self.moved(to, "system", why, now)
+        };
+        next.lease_version = Some(lease_version);
+        Some(next)
     }
 
     /// The bound lease ended: to CleanUp. A stale or repeated intent is a no-op.
@@ -437,6 +491,7 @@ impl Account {
         let mut next = self.moved(to, by, why, now);
         next.lease_uuid = None;
         next.lease_user_email = None;
+        next.lease_version = None;
         next.cleanup_execution_context = None;
         let mut step = Step::new(next).cancel(cleanup_timer_id(&self.aws_account_id));
         if let Some(lease_uuid) = &self.lease_uuid {
@@ -469,5 +524,64 @@ fn reason_text(reason: CleanReason) -> &'static str {
         CleanReason::LeaseTermination => "lease ended",
         CleanReason::RetryFailedCleanup => "cleanup retried",
         CleanReason::LeaseReset => "lease reset",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leased(now: DateTime<Utc>) -> Account {
+        let registered = Account::register("123456789012", None, None, "admin", now)
+            .unwrap()
+            .state;
+        let policy = CleanupPolicy {
+            number_of_successful_attempts_to_finish_cleanup: 1,
+            ..CleanupPolicy::default()
+        };
+        let running = registered.begin_cleanup_run("run-1", now).unwrap();
+        let available = running
+            .finish_cleanup_run("run-1", RunOutcome::Succeeded, "ok", &policy, now)
+            .unwrap()
+            .state;
+        assert_eq!(available.status, AccountStatus::Available);
+        available.allocate("lease-1", 2, "a@b.gov.uk", now).unwrap()
+    }
+
+    #[test]
+    fn freeze_and_unfreeze_intents_delivered_out_of_order_leave_the_newest_state() {
+        let now = Utc::now();
+        let account = leased(now);
+        // The lease was frozen at v3 and unfrozen at v4; the unfreeze arrives first.
+        let after_unfreeze = account.lease_unfrozen("lease-1", 4, now).unwrap();
+        assert_eq!(after_unfreeze.status, AccountStatus::Active);
+        assert_eq!(after_unfreeze.lease_version, Some(4));
+        assert!(
+            after_unfreeze.lease_frozen("lease-1", 3, now).is_none(),
+            "a stale freeze is ignored"
+        );
+    }
+
+    #[test]
+    fn intents_for_another_lease_are_ignored() {
+        let account = leased(Utc::now());
+        assert!(account.lease_frozen("lease-2", 9, Utc::now()).is_none());
+        assert!(account.lease_ended("lease-2", Utc::now()).is_none());
+    }
+
+    #[test]
+    fn lease_ended_moves_to_cleanup_and_asks_for_a_clean() {
+        let account = leased(Utc::now());
+        let step = account.lease_ended("lease-1", Utc::now()).unwrap();
+        assert_eq!(step.state.status, AccountStatus::CleanUp);
+        assert_eq!(step.state.lease_uuid, None);
+        assert!(step.events().any(|event| matches!(
+            event,
+            Event::CleanAccountRequest {
+                reason: CleanReason::LeaseTermination,
+                ..
+            }
+        )));
+        assert_eq!(step.timers().count(), 1);
     }
 }

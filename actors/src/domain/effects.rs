@@ -28,12 +28,19 @@ pub enum TimerAction {
         lease_uuid: String,
         lease_status: LeaseStatus,
     },
-    /// The lease bound to this account was frozen.
+    /// The lease bound to this account was frozen (at `lease_version`). Intents can arrive
+    /// out of order; the account ignores one older than the last it applied.
     #[serde(rename_all = "camelCase")]
-    AccountLeaseFrozen { lease_uuid: String },
-    /// The lease bound to this account was unfrozen.
+    AccountLeaseFrozen {
+        lease_uuid: String,
+        lease_version: u64,
+    },
+    /// The lease bound to this account was unfrozen (at `lease_version`).
     #[serde(rename_all = "camelCase")]
-    AccountLeaseUnfrozen { lease_uuid: String },
+    AccountLeaseUnfrozen {
+        lease_uuid: String,
+        lease_version: u64,
+    },
     /// The account under this lease was ejected or quarantined: end the lease.
     #[serde(rename_all = "camelCase")]
     LeaseAccountLost {

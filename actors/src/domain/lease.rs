@@ -427,6 +427,7 @@ impl Lease {
             "frozen",
             TimerAction::AccountLeaseFrozen {
                 lease_uuid: self.uuid.clone(),
+                lease_version: next.version,
             },
             now,
         );
@@ -460,6 +461,7 @@ impl Lease {
             "unfrozen",
             TimerAction::AccountLeaseUnfrozen {
                 lease_uuid: self.uuid.clone(),
+                lease_version: next.version,
             },
             now,
         );
