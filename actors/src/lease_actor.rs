@@ -172,6 +172,17 @@ async fn run(
 ) -> (Result<Lease, EngineError>, Option<Lease>) {
     for _attempt in 0..3 {
         if let LeaseCommand::Review { approve: true, by } = &command {
+            if lease.status != crate::domain::LeaseStatus::PendingApproval {
+                return (
+                    Err(DomainError::WrongState {
+                        entity: "lease",
+                        status: lease.status.to_string(),
+                        action: "approve",
+                    }
+                    .into()),
+                    None,
+                );
+            }
             let allocation = shared
                 .pool
                 .send(Allocate {
@@ -195,6 +206,21 @@ async fn run(
                 Err(error) => return (Err(error.into()), None),
             }
         }
+        let now = shared.clock.now();
+        if let LeaseCommand::Fire(timer) = &command {
+            if let Some(rearm) = stale_expiry(&lease, timer, now) {
+                // A PATCH moved the expiration after this timer was read: put the timer back
+                // at the lease's date rather than consume the re-armed one.
+                let commit = crate::ports::Commit {
+                    arm_timers: vec![entity::timer_record(&rearm)],
+                    ..Default::default()
+                };
+                return match shared.store.commit(commit).await {
+                    Ok(()) => (Ok(lease.clone()), None),
+                    Err(error) => (Err(error.into()), None),
+                };
+            }
+        }
         let consumed = match &command {
             LeaseCommand::Fire(timer) => Some(timer.id.clone()),
             _ => None,
@@ -203,7 +229,7 @@ async fn run(
             Ok(step) => step,
             Err(error) => return (Err(error.into()), None),
         };
-        match persist(&shared.store, &lease, step, consumed, shared.clock.now()).await {
+        match persist(&shared.store, &lease, step, consumed, now).await {
             Ok(Persisted::Unchanged) => return (Ok(lease.clone()), None),
             Ok(Persisted::Committed(next)) => {
                 metrics::counter!("sandboxd_lease_transitions_total", "to" => next.status.as_str())
@@ -221,4 +247,12 @@ async fn run(
         ))),
         None,
     )
+}
+
+/// An expiry timer delivered before the lease's current expiration date: the timer to re-arm.
+fn stale_expiry(lease: &Lease, timer: &Timer, now: chrono::DateTime<chrono::Utc>) -> Option<Timer> {
+    if timer.action != TimerAction::LeaseExpiry {
+        return None;
+    }
+    lease.expiry_timer().filter(|expiry| expiry.due > now)
 }

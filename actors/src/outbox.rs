@@ -15,6 +15,9 @@ pub struct OutboxDrainer {
     shared: Arc<Shared>,
     bus: Arc<dyn EventBus>,
     draining: bool,
+    /// Held by whoever drains (the tick or a Flush), so an entry is never published twice at
+    /// once.
+    exclusive: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl OutboxDrainer {
@@ -23,6 +26,7 @@ impl OutboxDrainer {
             shared,
             bus,
             draining: false,
+            exclusive: Arc::default(),
         }
     }
 }
@@ -39,15 +43,19 @@ impl Actor for OutboxDrainer {
             actor.draining = true;
             let shared = actor.shared.clone();
             let bus = actor.bus.clone();
+            let exclusive = actor.exclusive.clone();
             context.spawn(
-                async move { drain(&shared, bus.as_ref()).await }
-                    .into_actor(actor)
-                    .map(|result, actor, _| {
-                        actor.draining = false;
-                        if let Err(error) = result {
-                            tracing::warn!(%error, "outbox drain failed; will retry");
-                        }
-                    }),
+                async move {
+                    let _guard = exclusive.lock().await;
+                    drain(&shared, bus.as_ref()).await
+                }
+                .into_actor(actor)
+                .map(|result, actor, _| {
+                    actor.draining = false;
+                    if let Err(error) = result {
+                        tracing::warn!(%error, "outbox drain failed; will retry");
+                    }
+                }),
             );
         });
     }
@@ -64,7 +72,11 @@ impl Handler<Flush> for OutboxDrainer {
     fn handle(&mut self, _message: Flush, _context: &mut Self::Context) -> Self::Result {
         let shared = self.shared.clone();
         let bus = self.bus.clone();
-        Box::pin(async move { drain(&shared, bus.as_ref()).await })
+        let exclusive = self.exclusive.clone();
+        Box::pin(async move {
+            let _guard = exclusive.lock().await;
+            drain(&shared, bus.as_ref()).await
+        })
     }
 }
 

@@ -115,6 +115,16 @@ impl PoolSupervisor {
         }
     }
 
+    /// Backoff applies only to restarting an actor that died (it is still registered); a
+    /// lookup of an entity with no actor (new, ended, unknown) is never delayed.
+    fn restart_delay(&mut self, id: &str, had_actor: bool) -> StdDuration {
+        if had_actor {
+            self.backoff(id)
+        } else {
+            StdDuration::ZERO
+        }
+    }
+
     /// How long to wait before restarting this entity again (0 for the first restart).
     fn backoff(&mut self, id: &str) -> StdDuration {
         let now = Instant::now();
@@ -211,7 +221,13 @@ impl Handler<EnsureLease> for PoolSupervisor {
 
     fn handle(&mut self, message: EnsureLease, _context: &mut Self::Context) -> Self::Result {
         let uuid = message.0;
-        let delay = self.backoff(&uuid);
+        let had_actor = self
+            .shared
+            .leases
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .contains_key(&uuid);
+        let delay = self.restart_delay(&uuid, had_actor);
         let store = self.shared.store.clone();
         let loading = async move {
             if !delay.is_zero() {
@@ -252,7 +268,13 @@ impl Handler<EnsureAccount> for PoolSupervisor {
 
     fn handle(&mut self, message: EnsureAccount, _context: &mut Self::Context) -> Self::Result {
         let id = message.0;
-        let delay = self.backoff(&id);
+        let had_actor = self
+            .shared
+            .accounts
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .contains_key(&id);
+        let delay = self.restart_delay(&id, had_actor);
         let store = self.shared.store.clone();
         let loading = async move {
             if !delay.is_zero() {

@@ -225,6 +225,13 @@ impl Account {
         Ok(next)
     }
 
+    /// The cleanup context when a run is in flight.
+    pub fn run_in_flight(&self) -> Option<&CleanupContext> {
+        self.cleanup_execution_context
+            .as_ref()
+            .filter(|context| context.run_id.is_some())
+    }
+
     fn bound_to(&self, lease_uuid: &str) -> bool {
         self.lease_uuid.as_deref() == Some(lease_uuid)
     }
@@ -323,12 +330,22 @@ impl Account {
         now: DateTime<Utc>,
     ) -> Option<Step<Account>> {
         let context = self.cleanup_execution_context.as_ref()?;
-        if self.status != AccountStatus::CleanUp || context.run_id.as_deref() != Some(run_id) {
+        // Exit absorbs: an ejected account's record never changes again.
+        if context.run_id.as_deref() != Some(run_id) || self.status == AccountStatus::Exit {
             return None;
         }
         let mut context = context.clone();
         context.run_id = None;
         context.run_started_at = None;
+        if self.status != AccountStatus::CleanUp {
+            // Quarantined or ejected while the run was going: it no longer counts, but the
+            // account is free for a new run.
+            let mut next = self.clone();
+            next.version = self.version + 1;
+            next.meta.last_edit_time = now;
+            next.cleanup_execution_context = Some(context);
+            return Some(Step::new(next));
+        }
         let account_id = self.aws_account_id.clone();
         let context_json = serde_json::to_value(&context).unwrap_or_default();
         match outcome {
@@ -397,6 +414,18 @@ impl Account {
             AccountStatus::Quarantine => {
                 let mut step = self.to_cleanup(CleanReason::RetryFailedCleanup, by, now);
                 step.state.quarantine_reason = None;
+                if let Some(in_flight) = self.run_in_flight() {
+                    // The fresh cleanup waits for that run's report instead of starting one.
+                    if let Some(context) = step.state.cleanup_execution_context.as_mut() {
+                        context.run_id = in_flight.run_id.clone();
+                        context.run_started_at = in_flight.run_started_at;
+                        context.runs = in_flight.runs.clone();
+                    }
+                    let step_timer = cleanup_timer_id(&self.aws_account_id);
+                    step.effects.retain(|effect| {
+                        !matches!(effect, crate::domain::Effect::ArmTimer(timer) if timer.id == step_timer)
+                    });
+                }
                 Ok(step)
             }
             AccountStatus::CleanUp => {
@@ -492,7 +521,13 @@ impl Account {
         next.lease_uuid = None;
         next.lease_user_email = None;
         next.lease_version = None;
-        next.cleanup_execution_context = None;
+        // A run in flight keeps running in the runner: remember it so nothing starts a second
+        // one on this account before it reports (ISB scenario 24).
+        next.cleanup_execution_context = self
+            .cleanup_execution_context
+            .as_ref()
+            .filter(|context| context.run_id.is_some())
+            .cloned();
         let mut step = Step::new(next).cancel(cleanup_timer_id(&self.aws_account_id));
         if let Some(lease_uuid) = &self.lease_uuid {
             step = step.arm(Timer {

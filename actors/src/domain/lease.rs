@@ -367,13 +367,7 @@ impl Lease {
             account_id: account_id.to_string(),
         };
         let mut step = Step::new(next).publish(event);
-        if let Some(due) = step.state.expiration_date {
-            let timer = Timer {
-                id: expiry_timer_id(&step.state.uuid),
-                due,
-                target: Target::Lease(step.state.uuid.clone()),
-                action: TimerAction::LeaseExpiry,
-            };
+        if let Some(timer) = step.state.expiry_timer() {
             step = step.arm(timer);
         }
         Ok(step)
@@ -515,11 +509,10 @@ impl Lease {
             account_id: self.account_id(),
             reason,
         });
-        let account_is_gone = matches!(
-            reason,
-            TerminationReason::Ejected | TerminationReason::AccountQuarantined
-        );
-        if !account_is_gone && self.aws_account_id.is_some() {
+        // Always tell the account, even when the account side started this (eject,
+        // quarantine): an account no longer bound to this lease ignores the intent, and one that
+        // still is must not be stranded.
+        if self.aws_account_id.is_some() {
             let intent = self.account_intent(
                 "ended",
                 TimerAction::AccountLeaseEnded {
@@ -542,6 +535,19 @@ impl Lease {
         }
         self.terminate(TerminationReason::Expired, "system", config, now)
             .ok()
+    }
+
+    /// The expiry timer this lease should have armed: monitored, with an expiration date.
+    pub fn expiry_timer(&self) -> Option<Timer> {
+        if !self.status.is_monitored() {
+            return None;
+        }
+        Some(Timer {
+            id: expiry_timer_id(&self.uuid),
+            due: self.expiration_date?,
+            target: Target::Lease(self.uuid.clone()),
+            action: TimerAction::LeaseExpiry,
+        })
     }
 
     /// Record the spend seen by a monitoring sweep; past maxSpend the lease ends as
@@ -617,16 +623,8 @@ impl Lease {
         });
         let mut step = Step::new(next);
         if expiry_changed {
-            step = match step.state.expiration_date {
-                Some(due) => {
-                    let timer = Timer {
-                        id: expiry_timer_id(&self.uuid),
-                        due,
-                        target: Target::Lease(self.uuid.clone()),
-                        action: TimerAction::LeaseExpiry,
-                    };
-                    step.arm(timer)
-                }
+            step = match step.state.expiry_timer() {
+                Some(timer) => step.arm(timer),
                 None => step.cancel(expiry_timer_id(&self.uuid)),
             };
         }

@@ -50,8 +50,10 @@ pub fn admin() -> Caller {
 
 /// ISB's defaults, out of maintenance mode, with no waits between cleanup attempts.
 pub fn fast_config() -> GlobalConfig {
-    let mut config = GlobalConfig::default();
-    config.maintenance_mode = false;
+    let mut config = GlobalConfig {
+        maintenance_mode: false,
+        ..GlobalConfig::default()
+    };
     config.cleanup.wait_before_retry_failed_attempt_seconds = 0;
     config.cleanup.wait_before_rerun_successful_attempt_seconds = 0;
     config
@@ -281,10 +283,7 @@ impl Harness {
             let now_ms = self.clock.now().timestamp_millis();
             let due = self.store.due_timers(now_ms, 10).await.expect("timers");
             quiet_looks = if due.is_empty() { quiet_looks + 1 } else { 0 };
-            assert!(
-                Instant::now() < deadline,
-                "timers stay due: {due:#?}"
-            );
+            assert!(Instant::now() < deadline, "timers stay due: {due:#?}");
             actix_rt::time::sleep(POLL).await;
         }
     }
@@ -337,7 +336,7 @@ pub mod domain {
     use sandboxd_actors::domain::lease::LeaseRequest;
     use sandboxd_actors::domain::{Account, AccountStatus, Lease, LeaseTemplate};
 
-    use super::{template_input, t0, MANAGER};
+    use super::{t0, template_input, MANAGER};
 
     pub fn template(requires_approval: bool) -> LeaseTemplate {
         template_input(requires_approval).into_template(
@@ -390,7 +389,7 @@ pub mod domain {
             .expect("pending")
             .state;
         let account = account
-            .allocate(&lease.uuid, &lease.user_email, now)
+            .allocate(&lease.uuid, lease.version, &lease.user_email, now)
             .expect("available");
         (lease, account)
     }
