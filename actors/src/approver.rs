@@ -15,9 +15,16 @@ use crate::entity::{self, commit_of};
 use crate::pool::{AdoptNewLease, Allocate};
 use crate::ports::{IndexQuery, Kind};
 
+/// How long a cached template is trusted. Edits through this daemon invalidate it at once;
+/// the bound only matters for edits made by another replica.
+const TEMPLATE_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
+type TemplateCache = Arc<Mutex<HashMap<String, (std::time::Instant, LeaseTemplate)>>>;
+
 pub struct ApproverSupervisor {
     shared: Arc<Shared>,
     user_locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    templates: TemplateCache,
 }
 
 impl ApproverSupervisor {
@@ -25,8 +32,52 @@ impl ApproverSupervisor {
         Self {
             shared,
             user_locks: Arc::default(),
+            templates: Arc::default(),
         }
     }
+}
+
+/// A template changed or was deleted: drop it from the cache.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ForgetTemplate(pub String);
+
+impl Handler<ForgetTemplate> for ApproverSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, message: ForgetTemplate, _context: &mut Self::Context) {
+        self.templates
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .remove(&message.0);
+    }
+}
+
+async fn template(
+    shared: &Shared,
+    cache: &TemplateCache,
+    uuid: &str,
+) -> Result<Option<LeaseTemplate>, EngineError> {
+    let cached = cache
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .get(uuid)
+        .filter(|(loaded, _)| loaded.elapsed() < TEMPLATE_CACHE_TTL)
+        .map(|(_, template)| template.clone());
+    if cached.is_some() {
+        return Ok(cached);
+    }
+    let loaded = entity::load::<LeaseTemplate>(&shared.store, uuid).await?;
+    if let Some(template) = &loaded {
+        cache
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(
+                uuid.to_string(),
+                (std::time::Instant::now(), template.clone()),
+            );
+    }
+    Ok(loaded)
 }
 
 impl Actor for ApproverSupervisor {
@@ -53,6 +104,7 @@ impl Handler<RequestLease> for ApproverSupervisor {
     fn handle(&mut self, request: RequestLease, _context: &mut Self::Context) -> Self::Result {
         let shared = self.shared.clone();
         let locks = self.user_locks.clone();
+        let templates = self.templates.clone();
         Box::pin(async move {
             let target = request
                 .user_email
@@ -64,7 +116,7 @@ impl Handler<RequestLease> for ApproverSupervisor {
             };
             let decided = {
                 let _guard = lock.lock().await;
-                decide(&shared, request, &target).await
+                decide(&shared, &templates, request, &target).await
             };
             {
                 let mut table = locks.lock().unwrap_or_else(|poison| poison.into_inner());
@@ -87,10 +139,11 @@ impl Handler<RequestLease> for ApproverSupervisor {
 
 async fn decide(
     shared: &Shared,
+    templates: &TemplateCache,
     request: RequestLease,
     target: &str,
 ) -> Result<Lease, EngineError> {
-    let template = entity::load::<LeaseTemplate>(&shared.store, &request.template_uuid)
+    let template = template(shared, templates, &request.template_uuid)
         .await?
         .filter(|template| template.visibility == Visibility::Public || request.caller.is_manager())
         .ok_or_else(|| {

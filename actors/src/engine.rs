@@ -379,6 +379,8 @@ impl Engine {
             .store
             .commit(commit_of(Some(&current), &Step::new(next.clone()), now))
             .await?;
+        self.approver
+            .do_send(crate::approver::ForgetTemplate(uuid.to_string()));
         Ok(next)
     }
 
@@ -395,6 +397,8 @@ impl Engine {
             ..Default::default()
         };
         self.shared.store.commit(commit).await?;
+        self.approver
+            .do_send(crate::approver::ForgetTemplate(uuid.to_string()));
         Ok(())
     }
 

@@ -29,7 +29,9 @@ pub struct PoolSupervisor {
     free_snapshots: HashMap<String, Account>,
     reserved: HashSet<String>,
     restarts: HashMap<String, (u32, Instant)>,
-    status_counts: HashMap<String, AccountStatus>,
+    /// Each account's last known status, and the count per status (the pool gauges).
+    statuses: HashMap<String, AccountStatus>,
+    per_status: HashMap<AccountStatus, usize>,
 }
 
 impl PoolSupervisor {
@@ -42,7 +44,8 @@ impl PoolSupervisor {
             free_snapshots: HashMap::new(),
             reserved: HashSet::new(),
             restarts: HashMap::new(),
-            status_counts: HashMap::new(),
+            statuses: HashMap::new(),
+            per_status: HashMap::new(),
         }
     }
 
@@ -100,18 +103,29 @@ impl PoolSupervisor {
                 .insert((cleaned_key(account.last_cleaned_at), id.clone()));
             self.free_snapshots.insert(id.clone(), account.clone());
         }
-        self.status_counts.insert(id.clone(), account.status);
-        self.publish_gauges();
+        self.count_status(id, account.status);
     }
 
-    fn publish_gauges(&self) {
-        let mut counts: HashMap<AccountStatus, usize> = HashMap::new();
-        for status in self.status_counts.values() {
-            *counts.entry(*status).or_default() += 1;
+    /// Keep the per-status counts (and their gauges) in step, in O(1) per change.
+    fn count_status(&mut self, id: &str, status: AccountStatus) {
+        let previous = self.statuses.insert(id.to_string(), status);
+        if previous == Some(status) {
+            return;
         }
+        if let Some(previous) = previous {
+            let count = self.per_status.entry(previous).or_default();
+            *count = count.saturating_sub(1);
+            metrics::gauge!("sandboxd_accounts", "status" => previous.as_str()).set(*count as f64);
+        }
+        let count = self.per_status.entry(status).or_default();
+        *count += 1;
+        metrics::gauge!("sandboxd_accounts", "status" => status.as_str()).set(*count as f64);
+    }
+
+    fn publish_all_gauges(&self) {
         for status in AccountStatus::ALL {
-            metrics::gauge!("sandboxd_accounts", "status" => status.as_str())
-                .set(counts.get(&status).copied().unwrap_or(0) as f64);
+            let count = self.per_status.get(&status).copied().unwrap_or(0);
+            metrics::gauge!("sandboxd_accounts", "status" => status.as_str()).set(count as f64);
         }
     }
 
@@ -195,16 +209,14 @@ impl Handler<Rehydrate> for PoolSupervisor {
                     actor.spawn_account(account);
                     counts.accounts += 1;
                 } else {
-                    actor
-                        .status_counts
-                        .insert(account.aws_account_id.clone(), account.status);
+                    actor.count_status(&account.aws_account_id, account.status);
                 }
             }
             for lease in leases {
                 actor.spawn_lease(lease);
                 counts.leases += 1;
             }
-            actor.publish_gauges();
+            actor.publish_all_gauges();
             Ok(counts)
         }))
     }
