@@ -152,7 +152,12 @@ fn apply_env(
     variables: impl Iterator<Item = (String, String)>,
 ) -> anyhow::Result<()> {
     for (name, raw) in variables {
-        let Some(path) = name.strip_prefix(ENV_PREFIX) else {
+        // Only SANDBOXD_<SECTION>__<KEY> names are overrides; other SANDBOXD_ variables (the
+        // test scripts' SANDBOXD_TEST_REDIS_URL, say) are not configuration.
+        let Some(path) = name
+            .strip_prefix(ENV_PREFIX)
+            .filter(|path| path.contains("__"))
+        else {
             continue;
         };
         let segments: Vec<&str> = path.split("__").collect();
@@ -377,6 +382,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("store.kindd"), "{error}");
+    }
+
+    #[test]
+    fn other_sandboxd_variables_are_not_configuration() {
+        let settings = load(None, &[("SANDBOXD_TEST_REDIS_URL", "redis://elsewhere")]).unwrap();
+        assert_eq!(settings.store.redis_url, "redis://127.0.0.1:6379");
     }
 
     #[test]
