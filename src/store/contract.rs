@@ -27,6 +27,7 @@ pub async fn run_all(store: &dyn StateStore) {
     seen_event_detects_duplicates(store).await;
     checks_run_in_contract_order(store).await;
     concurrent_creates_have_one_winner(store).await;
+    concurrent_mixed_commits_each_get_their_own_result(store).await;
 }
 
 // ----- helpers ---------------------------------------------------------------------------------
@@ -1057,4 +1058,170 @@ pub async fn concurrent_creates_have_one_winner(store: &dyn StateStore) {
         ids(store, IndexQuery::by_status(Kind::Lease, "Race")).await,
         strings(&["race-1"])
     );
+}
+
+/// 200 commits at once: unique creates (all win), CAS updates on 5 shared records, consumers of 5
+/// shared timers and holders of 5 shared duplicate keys (one winner each). Every commit gets its
+/// own answer, a losing commit applies none of its parts, and the final state is the winners'.
+pub async fn concurrent_mixed_commits_each_get_their_own_result(store: &dyn StateStore) {
+    const TASKS: usize = 200;
+    const SHARED: usize = 5;
+    drain_queues(store).await;
+    let shared_id = |n: usize| format!("burst-s-{}", n % SHARED);
+    let timer_id = |n: usize| format!("burst-t-{}", n % SHARED);
+    let seen_key = |n: usize| format!("burst-seen-{}", n % SHARED);
+    let mut setup = Commit::default();
+    for n in 0..SHARED {
+        setup.writes.push(create(
+            Kind::Lease,
+            &shared_id(n),
+            "initial",
+            idx(Some("BurstS1"), None),
+        ));
+        setup
+            .arm_timers
+            .push(timer(&timer_id(n), 10_000 + n as i64, "tb"));
+    }
+    must_commit(store, setup, "burst setup").await;
+
+    let commit_for = |n: usize| match n % 4 {
+        0 => Commit {
+            writes: vec![create(
+                Kind::Lease,
+                &format!("burst-u-{n:03}"),
+                "unique",
+                idx(Some("BurstU"), None),
+            )],
+            outbox: vec![event(&format!("burst-ev-{n:03}"), n as u64)],
+            ..Commit::default()
+        },
+        1 => writes(vec![update(
+            Kind::Lease,
+            &shared_id(n),
+            1,
+            &format!("{{\"writer\":{n}}}"),
+            idx(Some("BurstS2"), None),
+            idx(Some("BurstS1"), None),
+        )]),
+        2 => Commit {
+            writes: vec![create(
+                Kind::Lease,
+                &format!("burst-c-{n:03}"),
+                "consumer",
+                idx(Some("BurstC"), None),
+            )],
+            consume_timers: vec![timer_id(n)],
+            ..Commit::default()
+        },
+        _ => Commit {
+            writes: vec![create(
+                Kind::Lease,
+                &format!("burst-d-{n:03}"),
+                "dedup",
+                idx(Some("BurstD"), None),
+            )],
+            outbox: vec![event(&format!("burst-ev-{n:03}"), n as u64)],
+            seen_event: Some((seen_key(n), Duration::from_secs(3600))),
+            ..Commit::default()
+        },
+    };
+    let results = futures::future::join_all((0..TASKS).map(|n| store.commit(commit_for(n)))).await;
+
+    // Each answer is its own; one winner per shared record, timer and key.
+    let mut winners: std::collections::BTreeMap<(usize, usize), usize> = Default::default();
+    for (n, result) in results.iter().enumerate() {
+        let (group, slot) = (n % 4, n % SHARED);
+        match (group, result) {
+            (0, Ok(())) => continue,
+            (_, Ok(())) => {
+                if let Some(other) = winners.insert((group, slot), n) {
+                    panic!("burst: commits {other} and {n} both won ({group}, {slot})");
+                }
+            }
+            (
+                1,
+                Err(StoreError::Conflict {
+                    kind,
+                    id,
+                    expected: 1,
+                    found: 2,
+                }),
+            ) if *kind == "lease" && *id == shared_id(n) => {}
+            (2, Err(StoreError::TimerGone(id))) if *id == timer_id(n) => {}
+            (3, Err(StoreError::Duplicate(key))) if *key == seen_key(n) => {}
+            (_, other) => panic!("burst: commit {n} got {other:?}"),
+        }
+    }
+    assert_eq!(
+        winners.len(),
+        3 * SHARED,
+        "burst: one winner per shared record, timer and key: {winners:?}"
+    );
+
+    // The final state is exactly the winners' writes.
+    for slot in 0..SHARED {
+        let winner = winners[&(1, slot)];
+        let record = load(store, Kind::Lease, &shared_id(slot)).await.unwrap();
+        assert_eq!(
+            (record.version, record.body),
+            (2, format!("{{\"writer\":{winner}}}")),
+            "burst: shared record {slot}"
+        );
+    }
+    let expect_ids = |prefix: &str, keep: &dyn Fn(usize) -> bool| -> Vec<String> {
+        (0..TASKS)
+            .filter(|n| keep(*n))
+            .map(|n| format!("{prefix}-{n:03}"))
+            .collect()
+    };
+    let won = |group: usize, n: usize| winners.get(&(group, n % SHARED)) == Some(&n);
+    assert_eq!(
+        ids(store, IndexQuery::by_status(Kind::Lease, "BurstS2")).await,
+        (0..SHARED).map(shared_id).collect::<Vec<_>>(),
+        "burst: every shared record moved"
+    );
+    assert!(ids(store, IndexQuery::by_status(Kind::Lease, "BurstS1"))
+        .await
+        .is_empty());
+    assert_eq!(
+        ids(store, IndexQuery::by_status(Kind::Lease, "BurstU")).await,
+        expect_ids("burst-u", &|n| n % 4 == 0)
+    );
+    let consumers = expect_ids("burst-c", &|n| n % 4 == 2 && won(2, n));
+    assert_eq!(
+        ids(store, IndexQuery::by_status(Kind::Lease, "BurstC")).await,
+        consumers,
+        "burst: only the timer consumers that won wrote anything"
+    );
+    let deduped = expect_ids("burst-d", &|n| n % 4 == 3 && won(3, n));
+    assert_eq!(
+        ids(store, IndexQuery::by_status(Kind::Lease, "BurstD")).await,
+        deduped,
+        "burst: only the duplicate-key holders that won wrote anything"
+    );
+    for n in (0..TASKS).filter(|n| n % 4 == 2 || n % 4 == 3) {
+        let prefix = if n % 4 == 2 { "burst-c" } else { "burst-d" };
+        let id = format!("{prefix}-{n:03}");
+        let present = load(store, Kind::Lease, &id).await.is_some();
+        assert_eq!(present, won(n % 4, n), "burst: record {id}");
+    }
+    assert_eq!(
+        store.timer_count().await.expect("timer_count"),
+        0,
+        "burst: every shared timer consumed once"
+    );
+    let mut published: Vec<String> = store
+        .outbox(1000)
+        .await
+        .expect("outbox")
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    published.sort();
+    assert_eq!(
+        published,
+        expect_ids("burst-ev", &|n| n % 4 == 0 || (n % 4 == 3 && won(3, n))),
+        "burst: the outbox holds the winners' events only"
+    );
+    drain_queues(store).await;
 }

@@ -1,4 +1,4 @@
-//! The embedded file store (the default mode): one redb file, one write transaction per commit.
+//! The embedded file store (the default mode): one redb file, written with group commit.
 //!
 //! Tables:
 //! - `records`: `(kind, id)` -> `(version, body, status, user)`; the stored index values let a
@@ -10,22 +10,34 @@
 //!   holding the next sequence number.
 //! - `seen`: key -> expiry (epoch ms), plus `seen_expiry`: `(expiry, key)` for purging.
 //!
-//! redb calls block, so every call runs on `spawn_blocking` with the database in an `Arc`.
+//! Writes (`commit`, `ack_outbox`) go through one queue served by one dedicated writer thread.
+//! The writer takes everything queued (up to [`MAX_BATCH`] jobs), opens one redb write
+//! transaction and runs the jobs in order: each commit's checks see the transaction's current
+//! state (so earlier commits of the same batch count), and a commit whose checks fail writes
+//! nothing and gets its own error. Then one durable `commit()` (one fsync for the whole batch),
+//! and only then does each caller get its own answer. If that transaction fails, no job in the
+//! batch was applied and each gets `Unavailable`. Batches form naturally: while the writer waits
+//! on the disk, the next commits queue up; a lone caller pays what it did before.
+//!
+//! Reads see committed state only; redb calls block, so they run on `spawn_blocking` with the
+//! database in an `Arc`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use async_trait::async_trait;
 use redb::{
-    Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition,
+    Database, MultimapTable, MultimapTableDefinition, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, Table, TableDefinition, WriteTransaction,
 };
 use sandboxd_actors::domain::EventRecord;
 use sandboxd_actors::ports::{
     Commit, IndexQuery, IndexValues, Kind, Record, StateStore, StoreError, TimerRecord,
 };
+use tokio::sync::oneshot;
 
 type RecordValue = (
     u64,
@@ -49,12 +61,46 @@ const NEXT_SEQ: &str = "outbox_next_seq";
 const MAX_SEEN_TTL_MS: i64 = 100 * 365 * 24 * 3600 * 1000;
 /// Expired duplicate keys removed per commit (keeps the table bounded without a sweeper).
 const SEEN_PURGE_BATCH: usize = 64;
+/// The most jobs the writer puts in one write transaction.
+const MAX_BATCH: usize = 256;
 
 /// A redb-backed [`StateStore`].
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    writer: Arc<Writer>,
     path: PathBuf,
+}
+
+/// One caller's answer.
+type Reply = oneshot::Sender<Result<(), StoreError>>;
+
+/// A write waiting for the writer thread.
+enum Work {
+    Commit(Commit),
+    AckOutbox(Vec<String>),
+}
+
+struct Job {
+    work: Work,
+    reply: Reply,
+}
+
+/// The queue into the writer thread. Dropping the last handle closes the queue and waits for the
+/// thread to finish (it answers what it already took, then lets go of the database file).
+struct Writer {
+    queue: Option<mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take() {
+            // Err: the writer panicked; its callers already saw Unavailable.
+            let _ = thread.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -118,8 +164,21 @@ impl EmbeddedStore {
         }
         txn.commit()
             .with_context(|| format!("cannot initialise the embedded store {}", path.display()))?;
+        let db = Arc::new(db);
+        let (queue, jobs) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("store-writer".to_string())
+            .spawn({
+                let db = Arc::clone(&db);
+                move || writer_loop(&db, &jobs)
+            })
+            .context("cannot start the embedded store writer thread")?;
         Ok(Self {
-            db: Arc::new(db),
+            db,
+            writer: Arc::new(Writer {
+                queue: Some(queue),
+                thread: Some(thread),
+            }),
             path: path.to_path_buf(),
         })
     }
@@ -140,177 +199,287 @@ impl EmbeddedStore {
             Err(join) => Err(unavailable(format!("embedded store task failed: {join}"))),
         }
     }
+
+    /// Queue a write for the writer thread and wait for its answer, which comes only once the
+    /// write is durable (or known not to be applied).
+    async fn write(&self, work: Work) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let queued = match &self.writer.queue {
+            Some(queue) => queue.send(Job { work, reply }).is_ok(),
+            None => false,
+        };
+        if !queued {
+            return Err(unavailable("the embedded store writer has stopped"));
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(unavailable(
+                "the embedded store writer stopped before answering",
+            ))
+        })
+    }
 }
 
-fn commit_blocking(db: &Database, commit: Commit) -> Outcome<()> {
-    let now = now_ms();
-    let txn = db.begin_write()?;
-    {
-        let mut records = txn.open_table(RECORDS)?;
-        let mut index = txn.open_multimap_table(INDEX)?;
-        let mut timers = txn.open_table(TIMERS)?;
-        let mut timer_due = txn.open_table(TIMER_DUE)?;
-        let mut outbox = txn.open_table(OUTBOX)?;
-        let mut outbox_ids = txn.open_multimap_table(OUTBOX_IDS)?;
-        let mut meta = txn.open_table(META)?;
-        let mut seen = txn.open_table(SEEN)?;
-        let mut seen_expiry = txn.open_table(SEEN_EXPIRY)?;
-
-        // Checks first; an early return drops the transaction, which aborts it.
-        for write in &commit.writes {
-            let found = records
-                .get((write.kind.as_str(), write.id.as_str()))?
-                .map(|guard| guard.value().0)
-                .unwrap_or(0);
-            if found != write.expected_version {
-                return Ok(Err(StoreError::Conflict {
-                    kind: write.kind.as_str(),
-                    id: write.id.clone(),
-                    expected: write.expected_version,
-                    found,
-                }));
+/// The writer thread: one write transaction and one durable commit per batch of queued jobs.
+/// Returns when every store handle is gone (the queue is closed and empty).
+fn writer_loop(db: &Database, jobs: &mpsc::Receiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while let Ok(first) = jobs.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
             }
         }
-        for id in &commit.consume_timers {
-            if timer_due.get(id.as_str())?.is_none() {
-                return Ok(Err(StoreError::TimerGone(id.clone())));
+        let results = match run_batch(db, &batch) {
+            Ok(results) => results,
+            Err(error) => {
+                let error = unavailable(error);
+                vec![Err(error); batch.len()]
             }
-        }
-        if let Some((key, _)) = &commit.seen_event {
-            let live = seen
-                .get(key.as_str())?
-                .map(|guard| guard.value() > now)
-                .unwrap_or(false);
-            if live {
-                return Ok(Err(StoreError::Duplicate(key.clone())));
-            }
-        }
-
-        // Entity writes and their index entries.
-        for write in &commit.writes {
-            let kind = write.kind;
-            let id = write.id.as_str();
-            let previous: Option<IndexValues> = records.remove((kind.as_str(), id))?.map(|guard| {
-                let (_, _, status, user) = guard.value();
-                IndexValues {
-                    status: status.map(str::to_string),
-                    user: user.map(str::to_string),
-                }
-            });
-            let mut stale = vec![write.old_indexes.clone()];
-            stale.extend(previous);
-            if write.body.is_none() {
-                stale.push(write.indexes.clone());
-            }
-            for values in &stale {
-                if let Some(status) = &values.status {
-                    index.remove(status_key(kind, status).as_str(), id)?;
-                }
-                if let Some(user) = &values.user {
-                    index.remove(user_key(kind, user).as_str(), id)?;
-                }
-            }
-            match &write.body {
-                Some(body) => {
-                    records.insert(
-                        (kind.as_str(), id),
-                        (
-                            write.new_version,
-                            body.as_str(),
-                            write.indexes.status.as_deref(),
-                            write.indexes.user.as_deref(),
-                        ),
-                    )?;
-                    if let Some(status) = &write.indexes.status {
-                        index.insert(status_key(kind, status).as_str(), id)?;
-                    }
-                    if let Some(user) = &write.indexes.user {
-                        index.insert(user_key(kind, user).as_str(), id)?;
-                    }
-                    index.insert(all_key(kind).as_str(), id)?;
-                }
-                None => {
-                    index.remove(all_key(kind).as_str(), id)?;
-                }
-            }
-        }
-
-        // Timers: removals first, then (re-)arming.
-        let mut remove_timer = |id: &str| -> Result<(), redb::Error> {
-            let due = timer_due.remove(id)?.map(|guard| guard.value());
-            if let Some(due) = due {
-                timers.remove((due, id))?;
-            }
-            Ok(())
         };
-        for id in commit
-            .cancel_timers
-            .iter()
-            .chain(commit.consume_timers.iter())
-        {
-            remove_timer(id)?;
+        for (job, result) in batch.drain(..).zip(results) {
+            // Err: the caller stopped waiting; the outcome stands either way.
+            let _ = job.reply.send(result);
         }
-        for timer in &commit.arm_timers {
-            remove_timer(&timer.id)?;
-        }
-        for timer in &commit.arm_timers {
-            timers.insert((timer.due_ms, timer.id.as_str()), timer.body.as_str())?;
-            timer_due.insert(timer.id.as_str(), timer.due_ms)?;
-        }
+    }
+}
 
-        // Outbox, in order.
-        if !commit.outbox.is_empty() {
-            let mut seq = meta.get(NEXT_SEQ)?.map(|guard| guard.value()).unwrap_or(0);
-            for event in &commit.outbox {
-                let json = match serde_json::to_string(event) {
-                    Ok(json) => json,
-                    Err(error) => {
-                        return Ok(Err(StoreError::Corrupt(format!(
-                            "cannot encode outbox entry {}: {error}",
-                            event.id
-                        ))))
-                    }
-                };
-                outbox.insert(seq, json.as_str())?;
-                outbox_ids.insert(event.id.as_str(), seq)?;
-                seq += 1;
-            }
-            meta.insert(NEXT_SEQ, seq)?;
-        }
+/// Every table, opened once per batch.
+struct Tables<'txn> {
+    records: Table<'txn, (&'static str, &'static str), RecordValue>,
+    index: MultimapTable<'txn, &'static str, &'static str>,
+    timers: Table<'txn, (i64, &'static str), &'static str>,
+    timer_due: Table<'txn, &'static str, i64>,
+    outbox: Table<'txn, u64, &'static str>,
+    outbox_ids: MultimapTable<'txn, &'static str, u64>,
+    meta: Table<'txn, &'static str, u64>,
+    seen: Table<'txn, &'static str, i64>,
+    seen_expiry: Table<'txn, (i64, &'static str), ()>,
+}
 
-        // Duplicate key, and a bounded purge of expired ones.
-        let expired: Vec<(i64, String)> = seen_expiry
-            .range::<(i64, &str)>(..(now, ""))?
-            .take(SEEN_PURGE_BATCH)
-            .map(|entry| {
-                entry.map(|(key, _)| {
-                    let (at, id) = key.value();
-                    (at, id.to_string())
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        for (at, key) in &expired {
-            seen_expiry.remove((*at, key.as_str()))?;
-            let current = seen.get(key.as_str())?.map(|guard| guard.value());
-            if current == Some(*at) {
-                seen.remove(key.as_str())?;
-            }
-        }
-        if let Some((key, ttl)) = &commit.seen_event {
-            let ttl_ms = i64::try_from(ttl.as_millis())
-                .unwrap_or(i64::MAX)
-                .clamp(1, MAX_SEEN_TTL_MS);
-            let expires = now.saturating_add(ttl_ms);
-            let previous = seen
-                .insert(key.as_str(), expires)?
-                .map(|guard| guard.value());
-            if let Some(previous) = previous {
-                seen_expiry.remove((previous, key.as_str()))?;
-            }
-            seen_expiry.insert((expires, key.as_str()), ())?;
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Self, redb::Error> {
+        Ok(Self {
+            records: txn.open_table(RECORDS)?,
+            index: txn.open_multimap_table(INDEX)?,
+            timers: txn.open_table(TIMERS)?,
+            timer_due: txn.open_table(TIMER_DUE)?,
+            outbox: txn.open_table(OUTBOX)?,
+            outbox_ids: txn.open_multimap_table(OUTBOX_IDS)?,
+            meta: txn.open_table(META)?,
+            seen: txn.open_table(SEEN)?,
+            seen_expiry: txn.open_table(SEEN_EXPIRY)?,
+        })
+    }
+}
+
+/// Run a batch in one write transaction: each job's own result, or (outer error) nothing at all
+/// was applied. Only returns `Ok` once the transaction is durably committed.
+fn run_batch(db: &Database, batch: &[Job]) -> Result<Vec<Result<(), StoreError>>, redb::Error> {
+    let txn = db.begin_write()?;
+    let mut results = Vec::with_capacity(batch.len());
+    {
+        let mut tables = Tables::open(&txn)?;
+        for job in batch {
+            // An outer error drops the transaction, which aborts the whole batch.
+            let result = match &job.work {
+                Work::Commit(commit) => apply_commit(&mut tables, commit)?,
+                Work::AckOutbox(ids) => apply_ack(&mut tables, ids)?,
+            };
+            results.push(result);
         }
     }
     txn.commit()?;
+    Ok(results)
+}
+
+fn apply_ack(tables: &mut Tables<'_>, ids: &[String]) -> Outcome<()> {
+    for id in ids {
+        let mut seqs = Vec::new();
+        for seq in tables.outbox_ids.remove_all(id.as_str())? {
+            seqs.push(seq?.value());
+        }
+        for seq in seqs {
+            tables.outbox.remove(seq)?;
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// One commit inside the batch transaction: every check first, against the transaction's
+/// current state; a failed check (or an outbox entry that cannot be encoded) writes nothing.
+fn apply_commit(tables: &mut Tables<'_>, commit: &Commit) -> Outcome<()> {
+    let now = now_ms();
+    let Tables {
+        records,
+        index,
+        timers,
+        timer_due,
+        outbox,
+        outbox_ids,
+        meta,
+        seen,
+        seen_expiry,
+    } = tables;
+
+    // Checks first: nothing below runs unless every one passes.
+    for write in &commit.writes {
+        let found = records
+            .get((write.kind.as_str(), write.id.as_str()))?
+            .map(|guard| guard.value().0)
+            .unwrap_or(0);
+        if found != write.expected_version {
+            return Ok(Err(StoreError::Conflict {
+                kind: write.kind.as_str(),
+                id: write.id.clone(),
+                expected: write.expected_version,
+                found,
+            }));
+        }
+    }
+    for id in &commit.consume_timers {
+        if timer_due.get(id.as_str())?.is_none() {
+            return Ok(Err(StoreError::TimerGone(id.clone())));
+        }
+    }
+    if let Some((key, _)) = &commit.seen_event {
+        let live = seen
+            .get(key.as_str())?
+            .map(|guard| guard.value() > now)
+            .unwrap_or(false);
+        if live {
+            return Ok(Err(StoreError::Duplicate(key.clone())));
+        }
+    }
+    // Encoded before anything is written, so a failure cannot leave half a commit in the batch.
+    let mut events = Vec::with_capacity(commit.outbox.len());
+    for event in &commit.outbox {
+        match serde_json::to_string(event) {
+            Ok(json) => events.push((event.id.as_str(), json)),
+            Err(error) => {
+                return Ok(Err(StoreError::Corrupt(format!(
+                    "cannot encode outbox entry {}: {error}",
+                    event.id
+                ))))
+            }
+        }
+    }
+
+    // Entity writes and their index entries.
+    for write in &commit.writes {
+        let kind = write.kind;
+        let id = write.id.as_str();
+        let previous: Option<IndexValues> = records.remove((kind.as_str(), id))?.map(|guard| {
+            let (_, _, status, user) = guard.value();
+            IndexValues {
+                status: status.map(str::to_string),
+                user: user.map(str::to_string),
+            }
+        });
+        let mut stale = vec![write.old_indexes.clone()];
+        stale.extend(previous);
+        if write.body.is_none() {
+            stale.push(write.indexes.clone());
+        }
+        for values in &stale {
+            if let Some(status) = &values.status {
+                index.remove(status_key(kind, status).as_str(), id)?;
+            }
+            if let Some(user) = &values.user {
+                index.remove(user_key(kind, user).as_str(), id)?;
+            }
+        }
+        match &write.body {
+            Some(body) => {
+                records.insert(
+                    (kind.as_str(), id),
+                    (
+                        write.new_version,
+                        body.as_str(),
+                        write.indexes.status.as_deref(),
+                        write.indexes.user.as_deref(),
+                    ),
+                )?;
+                if let Some(status) = &write.indexes.status {
+                    index.insert(status_key(kind, status).as_str(), id)?;
+                }
+                if let Some(user) = &write.indexes.user {
+                    index.insert(user_key(kind, user).as_str(), id)?;
+                }
+                index.insert(all_key(kind).as_str(), id)?;
+            }
+            None => {
+                index.remove(all_key(kind).as_str(), id)?;
+            }
+        }
+    }
+
+    // Timers: removals first, then (re-)arming.
+    let mut remove_timer = |id: &str| -> Result<(), redb::Error> {
+        let due = timer_due.remove(id)?.map(|guard| guard.value());
+        if let Some(due) = due {
+            timers.remove((due, id))?;
+        }
+        Ok(())
+    };
+    for id in commit
+        .cancel_timers
+        .iter()
+        .chain(commit.consume_timers.iter())
+    {
+        remove_timer(id)?;
+    }
+    for timer in &commit.arm_timers {
+        remove_timer(&timer.id)?;
+    }
+    for timer in &commit.arm_timers {
+        timers.insert((timer.due_ms, timer.id.as_str()), timer.body.as_str())?;
+        timer_due.insert(timer.id.as_str(), timer.due_ms)?;
+    }
+
+    // Outbox, in order.
+    if !events.is_empty() {
+        let mut seq = meta.get(NEXT_SEQ)?.map(|guard| guard.value()).unwrap_or(0);
+        for (id, json) in &events {
+            outbox.insert(seq, json.as_str())?;
+            outbox_ids.insert(*id, seq)?;
+            seq += 1;
+        }
+        meta.insert(NEXT_SEQ, seq)?;
+    }
+
+    // Duplicate key, and a bounded purge of expired ones.
+    let expired: Vec<(i64, String)> = seen_expiry
+        .range::<(i64, &str)>(..(now, ""))?
+        .take(SEEN_PURGE_BATCH)
+        .map(|entry| {
+            entry.map(|(key, _)| {
+                let (at, id) = key.value();
+                (at, id.to_string())
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    for (at, key) in &expired {
+        seen_expiry.remove((*at, key.as_str()))?;
+        let current = seen.get(key.as_str())?.map(|guard| guard.value());
+        if current == Some(*at) {
+            seen.remove(key.as_str())?;
+        }
+    }
+    if let Some((key, ttl)) = &commit.seen_event {
+        let ttl_ms = i64::try_from(ttl.as_millis())
+            .unwrap_or(i64::MAX)
+            .clamp(1, MAX_SEEN_TTL_MS);
+        let expires = now.saturating_add(ttl_ms);
+        let previous = seen
+            .insert(key.as_str(), expires)?
+            .map(|guard| guard.value());
+        if let Some(previous) = previous {
+            seen_expiry.remove((previous, key.as_str()))?;
+        }
+        seen_expiry.insert((expires, key.as_str()), ())?;
+    }
     Ok(Ok(()))
 }
 
@@ -330,7 +499,7 @@ impl StateStore for EmbeddedStore {
         if commit.is_empty() {
             return Ok(());
         }
-        self.blocking(move |db| commit_blocking(db, commit)).await
+        self.write(Work::Commit(commit)).await
     }
 
     async fn load(&self, kind: Kind, id: &str) -> Result<Option<Record>, StoreError> {
@@ -464,26 +633,7 @@ impl StateStore for EmbeddedStore {
         if ids.is_empty() {
             return Ok(());
         }
-        let ids = ids.to_vec();
-        self.blocking(move |db| {
-            let txn = db.begin_write()?;
-            {
-                let mut outbox = txn.open_table(OUTBOX)?;
-                let mut outbox_ids = txn.open_multimap_table(OUTBOX_IDS)?;
-                for id in &ids {
-                    let mut seqs = Vec::new();
-                    for seq in outbox_ids.remove_all(id.as_str())? {
-                        seqs.push(seq?.value());
-                    }
-                    for seq in seqs {
-                        outbox.remove(seq)?;
-                    }
-                }
-            }
-            txn.commit()?;
-            Ok(Ok(()))
-        })
-        .await
+        self.write(Work::AckOutbox(ids.to_vec())).await
     }
 
     async fn outbox_len(&self) -> Result<u64, StoreError> {
