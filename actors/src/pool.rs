@@ -29,8 +29,9 @@ pub struct PoolSupervisor {
     free_snapshots: HashMap<String, Account>,
     reserved: HashSet<String>,
     restarts: HashMap<String, (u32, Instant)>,
-    /// Each account's last known status, and the count per status (the pool gauges).
-    statuses: HashMap<String, AccountStatus>,
+    /// Each account's last known status and version, and the count per status (the pool
+    /// gauges).
+    statuses: HashMap<String, (AccountStatus, u64)>,
     per_status: HashMap<AccountStatus, usize>,
 }
 
@@ -90,10 +91,16 @@ impl PoolSupervisor {
     /// Keep the allocation view in step with an account's latest snapshot.
     fn track_account(&mut self, account: &Account) {
         let id = &account.aws_account_id;
+        // Snapshots can arrive late (an actor's refresh racing an allocation): never let an
+        // older one put an account back in the free set.
+        if self
+            .statuses
+            .get(id)
+            .is_some_and(|(_, version)| *version > account.version)
+        {
+            return;
+        }
         if let Some(previous) = self.free_snapshots.get(id) {
-            if previous.version > account.version {
-                return;
-            }
             let key = (cleaned_key(previous.last_cleaned_at), id.clone());
             self.free.remove(&key);
             self.free_snapshots.remove(id);
@@ -103,12 +110,15 @@ impl PoolSupervisor {
                 .insert((cleaned_key(account.last_cleaned_at), id.clone()));
             self.free_snapshots.insert(id.clone(), account.clone());
         }
-        self.count_status(id, account.status);
+        self.count_status(id, account.status, account.version);
     }
 
     /// Keep the per-status counts (and their gauges) in step, in O(1) per change.
-    fn count_status(&mut self, id: &str, status: AccountStatus) {
-        let previous = self.statuses.insert(id.to_string(), status);
+    fn count_status(&mut self, id: &str, status: AccountStatus, version: u64) {
+        let previous = self
+            .statuses
+            .insert(id.to_string(), (status, version))
+            .map(|(previous, _)| previous);
         if previous == Some(status) {
             return;
         }
@@ -209,7 +219,7 @@ impl Handler<Rehydrate> for PoolSupervisor {
                     actor.spawn_account(account);
                     counts.accounts += 1;
                 } else {
-                    actor.count_status(&account.aws_account_id, account.status);
+                    actor.count_status(&account.aws_account_id, account.status, account.version);
                 }
             }
             for lease in leases {
