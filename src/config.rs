@@ -18,6 +18,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub store: StoreSettings,
     pub aws: AwsSettings,
+    pub events: EventSettings,
     pub sim: SimSettings,
     pub auth: AuthSettings,
     pub engine: EngineTuning,
@@ -59,6 +60,23 @@ pub enum AwsMode {
 #[serde(deny_unknown_fields)]
 pub struct AwsSettings {
     pub mode: AwsMode,
+    pub region: String,
+    pub endpoint_url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventSink {
+    Log,
+    EventBridge,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventSettings {
+    pub sink: EventSink,
+    pub bus_name: String,
+    pub source: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -297,6 +315,23 @@ impl Settings {
         {
             bail!("accounts.blocklist: '{bad}' is not a 12-digit account id");
         }
+        if self.aws.region.trim().is_empty() {
+            bail!("aws.region: must not be empty");
+        }
+        if !self.aws.endpoint_url.is_empty() && !self.aws.endpoint_url.starts_with("http") {
+            bail!(
+                "aws.endpoint_url: '{}' must be an http(s) URL or empty",
+                self.aws.endpoint_url
+            );
+        }
+        if self.events.sink == EventSink::EventBridge {
+            if self.events.bus_name.trim().is_empty() {
+                bail!("events.bus_name: required when events.sink = \"eventbridge\"");
+            }
+            if self.events.source.trim().is_empty() {
+                bail!("events.source: required when events.sink = \"eventbridge\"");
+            }
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!("log.format: must be \"text\" or \"json\"");
         }
@@ -403,6 +438,14 @@ mod tests {
                 "global.invalid leases.maxLeasesPerUser",
             ),
             ("[store]\nkind = \"postgres\"\n", "postgres"),
+            (
+                "[events]\nsink = \"eventbridge\"\nbus_name = \"\"\n",
+                "events.bus_name",
+            ),
+            (
+                "[aws]\nendpoint_url = \"localhost:5000\"\n",
+                "aws.endpoint_url",
+            ),
         ];
         for (text, expected) in cases {
             let error = load(Some(text), &[]).unwrap_err().to_string();

@@ -9,7 +9,7 @@ use sandboxd_actors::ports::{AcceleratedClock, AccountDirectory, Clock, StateSto
 use sandboxd_actors::testkit::sim::{SimCleanupRunner, SimCostSource, SimDirectory};
 use sandboxd_actors::Engine;
 
-use crate::config::{Settings, StoreKind};
+use crate::config::{EventSink, Settings, StoreKind};
 use crate::http::auth::Auth;
 
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn StateStore>> {
@@ -104,6 +104,21 @@ pub async fn bootstrap_sim_pool(
     Ok(registered)
 }
 
+/// The outbox's sink: log lines, or EventBridge.
+pub async fn event_bus(settings: &Settings) -> Arc<dyn sandboxd_actors::ports::EventBus> {
+    match settings.events.sink {
+        EventSink::Log => Arc::new(crate::bus::LogBus),
+        EventSink::EventBridge => {
+            let sdk = crate::aws::sdk_config(&settings.aws).await;
+            Arc::new(crate::aws::eventbridge::EventBridgeBus::new(
+                &sdk,
+                &settings.events.bus_name,
+                &settings.events.source,
+            ))
+        }
+    }
+}
+
 pub fn auth_for(settings: &Settings) -> anyhow::Result<Auth> {
     Ok(Auth::new(
         crate::secret::jwt_secret(settings)?,
@@ -129,7 +144,8 @@ async fn serve(
     let auth = auth_for(&settings)?;
     let store = open_store(&settings).await?;
     let clock = clock_for(&settings);
-    let engine = start_engine(&settings, store, clock, Arc::new(crate::bus::LogBus)).await?;
+    let bus = event_bus(&settings).await;
+    let engine = start_engine(&settings, store, clock, bus).await?;
     let directory = Arc::new(sim_directory(&settings));
     let registered = bootstrap_sim_pool(&engine, &directory, settings.sim.accounts).await?;
     if registered > 0 {

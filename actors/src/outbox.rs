@@ -10,6 +10,15 @@ use crate::engine::{EngineError, Shared};
 use crate::ports::EventBus;
 
 const BATCH: usize = 100;
+const BACKOFF_BASE: std::time::Duration = std::time::Duration::from_millis(100);
+const BACKOFF_CAP: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What one drain did.
+pub struct Drained {
+    pub published: usize,
+    /// Entries the bus refused this time (left in the outbox).
+    pub failed: usize,
+}
 
 pub struct OutboxDrainer {
     shared: Arc<Shared>,
@@ -18,6 +27,10 @@ pub struct OutboxDrainer {
     /// Held by whoever drains (the tick or a Flush), so an entry is never published twice at
     /// once.
     exclusive: Arc<tokio::sync::Mutex<()>>,
+    /// Consecutive drains that left entries unpublished, and when to try again: a failing bus
+    /// is retried with capped exponential backoff, not every tick.
+    failures: u32,
+    resume_at: Option<std::time::Instant>,
 }
 
 impl OutboxDrainer {
@@ -27,6 +40,8 @@ impl OutboxDrainer {
             bus,
             draining: false,
             exclusive: Arc::default(),
+            failures: 0,
+            resume_at: None,
         }
     }
 }
@@ -37,7 +52,11 @@ impl Actor for OutboxDrainer {
     fn started(&mut self, context: &mut Self::Context) {
         let tick = self.shared.settings.outbox_tick;
         context.run_interval(tick, |actor, context| {
-            if actor.draining {
+            if actor.draining
+                || actor
+                    .resume_at
+                    .is_some_and(|at| std::time::Instant::now() < at)
+            {
                 return;
             }
             actor.draining = true;
@@ -52,8 +71,21 @@ impl Actor for OutboxDrainer {
                 .into_actor(actor)
                 .map(|result, actor, _| {
                     actor.draining = false;
-                    if let Err(error) = result {
-                        tracing::warn!(%error, "outbox drain failed; will retry");
+                    let failed = match result {
+                        Ok(drained) => drained.failed > 0,
+                        Err(error) => {
+                            tracing::warn!(%error, "outbox drain failed; will retry");
+                            true
+                        }
+                    };
+                    if failed {
+                        actor.failures = actor.failures.saturating_add(1);
+                        let delay = (BACKOFF_BASE * 2u32.saturating_pow(actor.failures.min(16)))
+                            .min(BACKOFF_CAP);
+                        actor.resume_at = Some(std::time::Instant::now() + delay);
+                    } else {
+                        actor.failures = 0;
+                        actor.resume_at = None;
                     }
                 }),
             );
@@ -75,13 +107,16 @@ impl Handler<Flush> for OutboxDrainer {
         let exclusive = self.exclusive.clone();
         Box::pin(async move {
             let _guard = exclusive.lock().await;
-            drain(&shared, bus.as_ref()).await
+            drain(&shared, bus.as_ref())
+                .await
+                .map(|drained| drained.published)
         })
     }
 }
 
-async fn drain(shared: &Shared, bus: &dyn EventBus) -> Result<usize, EngineError> {
+async fn drain(shared: &Shared, bus: &dyn EventBus) -> Result<Drained, EngineError> {
     let mut published = 0;
+    let mut refused = 0;
     loop {
         let batch = shared.store.outbox(BATCH).await?;
         if batch.is_empty() {
@@ -99,6 +134,14 @@ async fn drain(shared: &Shared, bus: &dyn EventBus) -> Result<usize, EngineError
         published += accepted.len();
         metrics::counter!("sandboxd_events_published_total").increment(accepted.len() as u64);
         if failed > 0 {
+            refused += failed;
+            if let Some((record, Err(reason))) = batch
+                .iter()
+                .zip(&results)
+                .find(|(_, result)| result.is_err())
+            {
+                tracing::warn!(event_id = %record.id, %reason, failed, "the bus refused events; they stay in the outbox");
+            }
             metrics::counter!("sandboxd_event_publish_failures_total").increment(failed as u64);
             // Leave the rest for the next tick rather than spin on a failing bus.
             break;
@@ -110,5 +153,8 @@ async fn drain(shared: &Shared, bus: &dyn EventBus) -> Result<usize, EngineError
     if let Ok(length) = shared.store.outbox_len().await {
         metrics::gauge!("sandboxd_outbox_length").set(length as f64);
     }
-    Ok(published)
+    Ok(Drained {
+        published,
+        failed: refused,
+    })
 }

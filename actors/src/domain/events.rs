@@ -136,6 +136,7 @@ impl Event {
         let mut detail = detail.clone();
         if let Value::Object(map) = &mut detail {
             map.remove("schemaVersion");
+            map.remove("eventId");
         }
         serde_json::from_value(serde_json::json!({"detail-type": detail_type, "detail": detail}))
     }
@@ -153,12 +154,20 @@ pub struct EventRecord {
 }
 
 impl EventRecord {
+    /// A new record. Its id also goes into the detail as `eventId`: the bus assigns its own
+    /// envelope id on every publish, so `detail.eventId` is what stays the same when an entry
+    /// is published again after a crash, and what consumers de-duplicate on.
     pub fn new(event: &Event, time: DateTime<Utc>) -> Self {
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut detail = event.detail();
+        if let Value::Object(map) = &mut detail {
+            map.insert("eventId".into(), Value::String(id.clone()));
+        }
         Self {
-            id: uuid::Uuid::new_v4().to_string(),
+            id,
             time,
             detail_type: event.detail_type().to_string(),
-            detail: event.detail(),
+            detail,
         }
     }
 }
