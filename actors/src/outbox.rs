@@ -153,6 +153,14 @@ async fn drain(shared: &Shared, bus: &dyn EventBus) -> Result<Drained, EngineErr
     if let Ok(length) = shared.store.outbox_len().await {
         metrics::gauge!("sandboxd_outbox_length").set(length as f64);
     }
+    // Lag: how long the oldest unpublished event has waited.
+    let lag = match shared.store.outbox(1).await {
+        Ok(oldest) => oldest.first().map_or(0.0, |record| {
+            (shared.clock.now() - record.time).num_milliseconds().max(0) as f64 / 1000.0
+        }),
+        Err(_) => 0.0,
+    };
+    metrics::gauge!("sandboxd_outbox_lag_seconds").set(lag);
     Ok(Drained {
         published,
         failed: refused,
