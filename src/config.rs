@@ -420,6 +420,16 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_files_are_valid() {
+        for file in ["config/local.toml", "config/production.example.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+            let settings = Settings::load_with_env(Some(&path), std::iter::empty())
+                .unwrap_or_else(|error| panic!("{file}: {error:#}"));
+            assert_eq!(settings.store.kind, StoreKind::Redis, "{file}");
+        }
+    }
+
+    #[test]
     fn other_sandboxd_variables_are_not_configuration() {
         let settings = load(None, &[("SANDBOXD_TEST_REDIS_URL", "redis://elsewhere")]).unwrap();
         assert_eq!(settings.store.redis_url, "redis://127.0.0.1:6379");
