@@ -125,17 +125,24 @@ pub struct Shared {
     pub accounts: RwLock<HashMap<String, Addr<AccountActor>>>,
 }
 
+/// The running actor registered under `id`, if it is still alive.
+pub fn live_actor<A: Actor>(
+    registry: &RwLock<HashMap<String, Addr<A>>>,
+    id: &str,
+) -> Option<Addr<A>> {
+    registry
+        .read()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .get(id)
+        .filter(|addr| addr.connected())
+        .cloned()
+}
+
 impl Shared {
     /// The actor of a live lease, started from its snapshot if need be; None for an unknown
     /// or terminal lease.
     pub async fn lease_actor(&self, uuid: &str) -> Result<Option<Addr<LeaseActor>>, EngineError> {
-        let known = self
-            .leases
-            .read()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .get(uuid)
-            .filter(|addr| addr.connected())
-            .cloned();
+        let known = live_actor(&self.leases, uuid);
         if known.is_some() {
             return Ok(known);
         }
@@ -143,13 +150,7 @@ impl Shared {
     }
 
     pub async fn account_actor(&self, id: &str) -> Result<Option<Addr<AccountActor>>, EngineError> {
-        let known = self
-            .accounts
-            .read()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .get(id)
-            .filter(|addr| addr.connected())
-            .cloned();
+        let known = live_actor(&self.accounts, id);
         if known.is_some() {
             return Ok(known);
         }

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 
 use crate::account_actor::{AccountActor, AdoptAccount};
 use crate::domain::{Account, AccountStatus, Event, Lease, LeaseStatus};
-use crate::engine::{EngineError, Shared};
+use crate::engine::{live_actor, EngineError, Shared};
 use crate::entity::{self, add_effects, write_of};
 use crate::lease_actor::{AdoptLease, LeaseActor};
 use crate::ports::{Commit, IndexQuery, Kind, StoreError};
@@ -264,14 +264,7 @@ impl Handler<EnsureLease> for PoolSupervisor {
             if lease.status.is_terminal() {
                 return Ok(None);
             }
-            let existing = actor
-                .shared
-                .leases
-                .read()
-                .unwrap_or_else(|poison| poison.into_inner())
-                .get(&lease.uuid)
-                .filter(|addr| addr.connected())
-                .cloned();
+            let existing = live_actor(&actor.shared.leases, &lease.uuid);
             if let Some(addr) = existing {
                 return Ok(Some(addr));
             }
@@ -311,14 +304,7 @@ impl Handler<EnsureAccount> for PoolSupervisor {
             if !account.status.is_live() {
                 return Ok(None);
             }
-            let existing = actor
-                .shared
-                .accounts
-                .read()
-                .unwrap_or_else(|poison| poison.into_inner())
-                .get(&account.aws_account_id)
-                .filter(|addr| addr.connected())
-                .cloned();
+            let existing = live_actor(&actor.shared.accounts, &account.aws_account_id);
             if let Some(addr) = existing {
                 return Ok(Some(addr));
             }
@@ -343,14 +329,7 @@ impl Handler<AdoptNewLease> for PoolSupervisor {
 
 impl PoolSupervisor {
     fn adopt_lease(&mut self, lease: Lease) {
-        let existing = self
-            .shared
-            .leases
-            .read()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .get(&lease.uuid)
-            .filter(|addr| addr.connected())
-            .cloned();
+        let existing = live_actor(&self.shared.leases, &lease.uuid);
         match existing {
             Some(addr) => addr.do_send(AdoptLease(lease)),
             None if !lease.status.is_terminal() => {
@@ -362,14 +341,7 @@ impl PoolSupervisor {
 
     fn adopt_account(&mut self, account: Account) {
         self.track_account(&account);
-        let existing = self
-            .shared
-            .accounts
-            .read()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .get(&account.aws_account_id)
-            .filter(|addr| addr.connected())
-            .cloned();
+        let existing = live_actor(&self.shared.accounts, &account.aws_account_id);
         match existing {
             Some(addr) => addr.do_send(AdoptAccount(account)),
             None if account.status.is_live() => {
