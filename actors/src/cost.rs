@@ -58,18 +58,6 @@ impl Actor for CostSupervisor {
     }
 }
 
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SweepNow;
-
-impl Handler<SweepNow> for CostSupervisor {
-    type Result = ResponseFuture<()>;
-
-    fn handle(&mut self, _message: SweepNow, _context: &mut Self::Context) -> Self::Result {
-        Box::pin(sweep(self.shared.clone(), self.costs.clone()))
-    }
-}
-
 async fn sweep(shared: Arc<Shared>, costs: Arc<dyn CostSource>) {
     let started = std::time::Instant::now();
     let mut ids = Vec::new();

@@ -15,15 +15,15 @@ use crate::cleanup::CleanupSupervisor;
 use crate::cost::CostSupervisor;
 use crate::domain::template::TemplateInput;
 use crate::domain::{
-    Account, AccountStatus, Caller, DomainError, GlobalConfig, Lease, LeasePatch, LeaseTemplate,
-    Step, TerminationReason,
+    Account, Caller, DomainError, GlobalConfig, Lease, LeasePatch, LeaseTemplate, Step,
+    TerminationReason,
 };
 use crate::entity::{self, commit_of};
 use crate::lease_actor::{LeaseActor, LeaseCommand};
 use crate::outbox::OutboxDrainer;
 use crate::pool::{EnsureAccount, EnsureLease, PoolSupervisor, Register, Rehydrate};
 use crate::ports::{
-    CleanupRunner, Clock, CostSource, EventBus, IndexQuery, Kind, StateStore, StoreError,
+    CleanupRunner, Clock, CostSource, EventBus, IndexQuery, StateStore, StoreError,
 };
 use crate::timers::TimerWheel;
 
@@ -523,20 +523,6 @@ impl Engine {
 
     pub async fn templates_of(&self, ids: &[String]) -> Result<Vec<LeaseTemplate>, EngineError> {
         Ok(entity::load_many(&self.shared.store, ids).await?)
-    }
-
-    /// Account counts by status (for /metrics and the demo).
-    pub async fn account_counts(&self) -> Result<Vec<(AccountStatus, usize)>, EngineError> {
-        let mut counts = Vec::new();
-        for status in AccountStatus::ALL {
-            let ids = self
-                .shared
-                .store
-                .ids(IndexQuery::by_status(Kind::Account, status.as_str()))
-                .await?;
-            counts.push((status, ids.len()));
-        }
-        Ok(counts)
     }
 
     /// Publish whatever the outbox holds now (shutdown, tests).
